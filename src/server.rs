@@ -1,0 +1,141 @@
+//! The HTTP server the Functions host talks to: the readiness probe on `/` and one
+//! `POST /{function}` per invocation.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::change;
+use crate::delivery;
+use crate::invocation::{HttpRequestData, InvocationError, InvocationRequest, InvocationResponse};
+use crate::negotiate;
+use crate::settings::Config;
+use crate::webpubsub::{SendError, WebPubSub};
+
+/// What every invocation shares: the configuration and one pooled Web PubSub client.
+#[derive(Debug)]
+pub struct Handler {
+    pub config: Config,
+    pub client: WebPubSub,
+}
+
+impl Handler {
+    pub fn new(config: Config) -> Result<Arc<Self>, SendError> {
+        let client = WebPubSub::new(&config.publisher, config.request_timeout)?;
+        Ok(Arc::new(Handler { config, client }))
+    }
+}
+
+/// The router, separate from any listener so tests can serve it on port 0.
+pub fn app(handler: Arc<Handler>) -> Router {
+    let limit = handler.config.max_body_bytes;
+    Router::new()
+        .route("/", any(ready))
+        .route("/{function}", post(invoke))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(handler)
+}
+
+/// Serves until `shutdown` resolves, then lets running invocations finish.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(handler))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The host polls `/` until anything answers.
+async fn ready() -> &'static str {
+    "rowcast is ready"
+}
+
+async fn invoke(
+    State(handler): State<Arc<Handler>>,
+    Path(function): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let invocation_id = headers
+        .get("x-azure-functions-invocationid")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let span = tracing::info_span!("invocation", function = %function, id = %invocation_id);
+    match run(&handler, &function, &body)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(response) => response.into_response(),
+        Err(err) => {
+            span.in_scope(|| tracing::warn!(error = %err, "invocation failed"));
+            err.into_response()
+        }
+    }
+}
+
+async fn run(
+    handler: &Handler,
+    function: &str,
+    body: &[u8],
+) -> Result<InvocationResponse, InvocationError> {
+    let request = InvocationRequest::parse(body)?;
+    let Some(target) = handler.config.function(function) else {
+        if function.eq_ignore_ascii_case("negotiate") {
+            let http = HttpRequestData::from_binding(
+                request.binding(negotiate::REQUEST_BINDING)?,
+                negotiate::REQUEST_BINDING,
+            )?;
+            let response =
+                negotiate::negotiate(&http, &handler.config.negotiate, &handler.client).await;
+            tracing::info!(
+                log = response.logs.first().map(String::as_str).unwrap_or(""),
+                "negotiate answered"
+            );
+            return Ok(response);
+        }
+        return Err(InvocationError::UnknownFunction(function.to_owned()));
+    };
+
+    let changes = change::decode(
+        request.binding(&target.binding)?,
+        &format!("Data.{}", target.binding),
+    )?;
+
+    let report = delivery::deliver(
+        &handler.client,
+        &target.route,
+        &changes,
+        handler.config.max_concurrency,
+    )
+    .await;
+    let summary = report.summary(&target.function);
+    if report.failures.is_empty() {
+        tracing::info!(
+            changes = report.changes,
+            messages = report.messages,
+            targets = report.targets,
+            ms = report.elapsed.as_millis() as u64,
+            "batch delivered"
+        );
+        return Ok(InvocationResponse::with_log(summary));
+    }
+
+    let failures = report
+        .failures
+        .iter()
+        .take(20)
+        .map(|f| format!("change {} (id {}): {}", f.index, f.id, f.reason))
+        .collect();
+    Err(InvocationError::Undelivered { summary, failures })
+}
