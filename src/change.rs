@@ -12,6 +12,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+/// Deepest nesting accepted in a row; a SQL row is flat, with JSON columns arriving as text.
+const MAX_ROW_NESTING: usize = 128;
+
 /// How many layers of string encoding are unwrapped before giving up.
 const MAX_STRING_LAYERS: usize = 4;
 
@@ -80,8 +83,9 @@ impl DecodeError {
 
 #[derive(Deserialize)]
 struct RawChange {
+    // Kept raw, so an operation that is not even a readable number is reported on its field.
     #[serde(rename = "Operation", alias = "operation")]
-    operation: Option<Value>,
+    operation: Option<Box<RawValue>>,
     #[serde(rename = "Item", alias = "item")]
     item: Option<Box<RawValue>>,
 }
@@ -129,14 +133,30 @@ fn decode_array(text: &str, field: &str) -> Result<Vec<Change>, DecodeError> {
     let mut changes = Vec::with_capacity(elements.len());
     for (index, element) in elements.iter().enumerate() {
         let at = |name: &str| format!("{field}[{index}]{name}");
-        let raw: RawChange = serde_json::from_str(element.get()).map_err(|_| {
-            DecodeError::new(
+        if !element.get().trim_start().starts_with('{') {
+            return Err(DecodeError::new(
                 at(""),
                 format!(
                     "expected an object {{\"Operation\", \"Item\"}}, got {}",
                     kind(element.get())
                 ),
-            )
+            ));
+        }
+        let raw: RawChange = serde_json::from_str(element.get()).map_err(|err| {
+            let text = err.to_string();
+            let place = if text.contains("`Operation`") {
+                ".Operation"
+            } else if text.contains("`Item`") {
+                ".Item"
+            } else {
+                ""
+            };
+            let expected = match place {
+                ".Operation" => "expected one Operation: 0 (insert), 1 (update) or 2 (delete)",
+                ".Item" => "expected one Item: the row as an object",
+                _ => "expected an object {\"Operation\", \"Item\"}",
+            };
+            DecodeError::new(at(place), format!("{expected}: {text}"))
         })?;
 
         let operation = raw.operation.ok_or_else(|| {
@@ -145,15 +165,19 @@ fn decode_array(text: &str, field: &str) -> Result<Vec<Change>, DecodeError> {
                 "missing; expected 0 (insert), 1 (update) or 2 (delete)",
             )
         })?;
-        let operation = Operation::from_value(&operation).ok_or_else(|| {
-            DecodeError::new(
-                at(".Operation"),
-                format!(
-                    "expected 0 (insert), 1 (update) or 2 (delete), got {}",
-                    short(&operation.to_string())
-                ),
-            )
-        })?;
+        let parsed = serde_json::from_str::<Value>(operation.get()).ok();
+        let operation = parsed
+            .as_ref()
+            .and_then(Operation::from_value)
+            .ok_or_else(|| {
+                DecodeError::new(
+                    at(".Operation"),
+                    format!(
+                        "expected 0 (insert), 1 (update) or 2 (delete), got {}",
+                        short(operation.get())
+                    ),
+                )
+            })?;
 
         let row = raw.item.ok_or_else(|| {
             DecodeError::new(at(".Item"), "missing; expected the row as an object")
@@ -164,9 +188,45 @@ fn decode_array(text: &str, field: &str) -> Result<Vec<Change>, DecodeError> {
                 format!("expected the row as an object, got {}", kind(row.get())),
             ));
         }
+        // Capturing raw JSON does not bound its nesting, and subscribers' parsers have
+        // limits of their own. Out-of-range numbers and lone surrogate escapes pass: SQL
+        // Server can hold both, and they reach subscribers as written.
+        let depth = nesting(row.get());
+        if depth > MAX_ROW_NESTING {
+            return Err(DecodeError::new(
+                at(".Item"),
+                format!("expected a row nested at most {MAX_ROW_NESTING} levels deep, got {depth}"),
+            ));
+        }
         changes.push(Change { operation, row });
     }
     Ok(changes)
+}
+
+/// The deepest nesting of objects and arrays in well-formed JSON `text`, in one pass.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Names the JSON kind of `text` for error messages, without echoing row data.

@@ -1,5 +1,6 @@
 //! Delivering one batch: every change becomes a message, gets its address from the route,
-//! and is sent to Web PubSub, many at a time but never more than the configured bound.
+//! and is sent to Web PubSub, many at a time but never more than the configured bound, each
+//! retried while its failure may pass and the invocation's deadline allows.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -8,8 +9,23 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::change::Change;
 use crate::message;
+use crate::retry::{with_retries, GaveUp, RetryPolicy};
 use crate::route::{Address, Route};
 use crate::webpubsub::WebPubSub;
+
+/// How one batch is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Sends in flight at once.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// When the batch must be finished, retries included.
+    pub deadline: tokio::time::Instant,
+}
+
+/// Largest message rowcast sends. Web PubSub refuses messages over 1 MB; staying at a decimal
+/// megabyte keeps clear of whether that means 10^6 or 2^20 bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 /// A change that did not reach Web PubSub, and why.
 #[derive(Debug, Clone)]
@@ -18,6 +34,10 @@ pub struct Failure {
     pub index: usize,
     pub id: String,
     pub reason: String,
+    /// Where it was going, when the row could be given an address.
+    pub address: Option<Address>,
+    /// The subscriber message, for keeping it as a dead letter.
+    pub message: String,
 }
 
 /// What delivering a batch did.
@@ -49,12 +69,20 @@ impl Report {
     }
 }
 
-/// Sends every change of `changes` along `route`, at most `concurrency` at a time.
+/// One message on its way.
+struct Outgoing {
+    index: usize,
+    id: String,
+    address: Address,
+    body: String,
+}
+
+/// Sends every change of `changes` along `route`.
 pub async fn deliver(
     client: &WebPubSub,
     route: &Route,
     changes: &[Change],
-    concurrency: usize,
+    options: Options,
 ) -> Report {
     let started = Instant::now();
     let mut failures = Vec::new();
@@ -63,49 +91,62 @@ pub async fn deliver(
 
     for (index, change) in changes.iter().enumerate() {
         let id = message::change_id(&route.table, change);
+        let mut body = message::encode(&route.table, change, &id);
+        if let Some(smaller) = message::shrink(&body, MAX_MESSAGE_BYTES) {
+            tracing::warn!(index, id = %id, bytes = body.len(), "row too large for one message; sending it without its largest columns");
+            body = smaller.get().to_owned();
+        }
         match route.target.address(&change.row) {
             Ok(address) => {
                 targets.insert(address.clone());
-                sends.push((
+                sends.push(Outgoing {
                     index,
-                    id.clone(),
+                    id,
                     address,
-                    message::encode(&route.table, change, &id),
-                ));
+                    body,
+                });
             }
             Err(err) => failures.push(Failure {
                 index,
                 id,
                 reason: err.to_string(),
+                address: None,
+                message: body,
             }),
         }
     }
 
-    let results: Vec<(
-        usize,
-        String,
-        Address,
-        Result<(), crate::webpubsub::SendError>,
-    )> = stream::iter(sends)
-        .map(|(index, id, address, body)| async move {
-            let result = client.send_json(&route.hub, &address, body).await;
-            (index, id, address, result)
+    let results: Vec<(Outgoing, Result<u32, GaveUp>)> = stream::iter(sends)
+        .map(|outgoing: Outgoing| async move {
+            let result = with_retries(options.retry, options.deadline, || {
+                client.send_json(&route.hub, &outgoing.address, outgoing.body.clone())
+            })
+            .await;
+            (outgoing, result)
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(options.concurrency.max(1))
         .collect()
         .await;
 
     let mut messages = 0;
-    for (index, id, address, result) in results {
+    for (outgoing, result) in results {
+        let Outgoing {
+            index,
+            id,
+            address,
+            body,
+        } = outgoing;
         match result {
-            Ok(()) => {
+            Ok(attempts) => {
                 messages += 1;
-                tracing::debug!(index, id = %id, %address, "change sent");
+                tracing::debug!(index, id = %id, %address, attempts, "change sent");
             }
-            Err(err) => failures.push(Failure {
+            Err(gave_up) => failures.push(Failure {
                 index,
                 id,
-                reason: format!("send to {address}: {err}"),
+                reason: format!("send to {address}: {gave_up}"),
+                address: Some(address),
+                message: body,
             }),
         }
     }

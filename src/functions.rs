@@ -1,6 +1,8 @@
 //! The function app's own description of itself: which functions exist, which of them are
-//! SQL-triggered, on which table, and under which binding name the changes arrive. Read from
-//! each folder's `function.json` at start, so routes can be checked against real functions.
+//! SQL-triggered, on which table, under which binding name the changes arrive and where
+//! undeliverable changes are kept, and which are queue-triggered redelivery functions. Read
+//! from each folder's `function.json` at start, so routes can be checked against real
+//! functions.
 
 use std::path::Path;
 
@@ -15,6 +17,23 @@ pub struct SqlFunction {
     pub binding: String,
     /// The binding's `tableName`, e.g. `dbo.Users`.
     pub table: String,
+    /// The name of a queue output binding, where changes that cannot be delivered go.
+    pub dead_letters: Option<String>,
+}
+
+/// A queue-triggered function: rowcast treats it as the redelivery of dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueFunction {
+    pub name: String,
+    /// The trigger binding's `name`: the key of the queue message in `Data`.
+    pub binding: String,
+}
+
+/// Everything [`discover`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    pub sql: Vec<SqlFunction>,
+    pub queues: Vec<QueueFunction>,
 }
 
 /// Why the app's function folders could not be read.
@@ -44,14 +63,17 @@ struct Binding {
     name: String,
     #[serde(default)]
     table_name: Option<String>,
+    #[serde(default)]
+    direction: String,
 }
 
-/// Lists the SQL-triggered functions under `root` (one level of folders, as the Functions
-/// host lays an app out), sorted by name. A missing root means an app with no functions.
-pub fn discover(root: &Path) -> Result<Vec<SqlFunction>, FunctionsError> {
+/// Lists the SQL- and queue-triggered functions under `root` (one level of folders, as the
+/// Functions host lays an app out), sorted by name. A missing root means an app with no
+/// functions.
+pub fn discover(root: &Path) -> Result<Discovered, FunctionsError> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Discovered::default()),
         Err(source) => {
             return Err(FunctionsError::Read {
                 path: root.display().to_string(),
@@ -61,6 +83,7 @@ pub fn discover(root: &Path) -> Result<Vec<SqlFunction>, FunctionsError> {
     };
 
     let mut functions = Vec::new();
+    let mut queues = Vec::new();
     for entry in entries.flatten() {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
@@ -82,27 +105,46 @@ pub fn discover(root: &Path) -> Result<Vec<SqlFunction>, FunctionsError> {
                 reason: err.to_string(),
             })?;
 
-        for binding in parsed
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dead_letters = parsed
             .bindings
-            .into_iter()
-            .filter(|b| b.kind.eq_ignore_ascii_case("sqlTrigger"))
-        {
+            .iter()
+            .find(|b| {
+                b.kind.eq_ignore_ascii_case("queue") && b.direction.eq_ignore_ascii_case("out")
+            })
+            .map(|b| b.name.clone());
+        for binding in &parsed.bindings {
+            if binding.kind.eq_ignore_ascii_case("queueTrigger") {
+                queues.push(QueueFunction {
+                    name: name.clone(),
+                    binding: binding.name.clone(),
+                });
+            }
+            if !binding.kind.eq_ignore_ascii_case("sqlTrigger") {
+                continue;
+            }
             let table = binding
                 .table_name
+                .clone()
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| FunctionsError::Invalid {
                     path: path.display().to_string(),
                     reason: "the sqlTrigger binding has no tableName".into(),
                 })?;
             functions.push(SqlFunction {
-                name: entry.file_name().to_string_lossy().into_owned(),
-                binding: binding.name,
+                name: name.clone(),
+                binding: binding.name.clone(),
                 table,
+                dead_letters: dead_letters.clone(),
             });
         }
     }
     functions.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(functions)
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Discovered {
+        sql: functions,
+        queues,
+    })
 }
 
 #[cfg(test)]
@@ -128,13 +170,14 @@ mod tests {
         )
         .unwrap();
 
-        let found = discover(&root).unwrap();
+        let found = discover(&root).unwrap().sql;
         assert_eq!(
             found,
             [SqlFunction {
                 name: "users".into(),
                 binding: "changes".into(),
-                table: "dbo.Users".into()
+                table: "dbo.Users".into(),
+                dead_letters: None,
             }]
         );
 
@@ -148,8 +191,9 @@ mod tests {
 
     #[test]
     fn a_missing_root_has_no_functions() {
-        assert!(discover(Path::new("/nonexistent/rowcast"))
-            .unwrap()
-            .is_empty());
+        assert_eq!(
+            discover(Path::new("/nonexistent/rowcast")).unwrap(),
+            Discovered::default()
+        );
     }
 }

@@ -62,7 +62,18 @@ fn names(data: &HashMap<String, Box<RawValue>>) -> String {
     }
     let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    keys.join(", ")
+    const SHOWN: usize = 10;
+    let more = keys.len().saturating_sub(SHOWN);
+    let mut names: String = keys
+        .iter()
+        .take(SHOWN)
+        .map(|k| k.chars().take(64).collect::<String>())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if more > 0 {
+        names.push_str(&format!(" and {more} more"));
+    }
+    names
 }
 
 /// The answer the host reads. `Outputs` stays empty: rowcast's SQL functions bind no outputs.
@@ -99,6 +110,10 @@ pub enum InvocationError {
     Malformed(#[from] DecodeError),
     #[error("no function named '{0}' is configured")]
     UnknownFunction(String),
+    #[error("the invocation body is larger than RowcastMaxBodyBytes ({0} bytes)")]
+    TooLarge(usize),
+    #[error("the invocation body could not be read: {0}")]
+    Unreadable(String),
     /// Some changes did not reach Web PubSub; the host should try the batch again.
     #[error("{summary}; first failure: {}", failures.first().map(String::as_str).unwrap_or("unknown"))]
     Undelivered {
@@ -114,6 +129,14 @@ impl IntoResponse for InvocationError {
                 (StatusCode::BAD_REQUEST, Some(err.field.clone()), Vec::new())
             }
             InvocationError::UnknownFunction(_) => (StatusCode::NOT_FOUND, None, Vec::new()),
+            InvocationError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("body".to_owned()),
+                Vec::new(),
+            ),
+            InvocationError::Unreadable(_) => {
+                (StatusCode::BAD_REQUEST, Some("body".to_owned()), Vec::new())
+            }
             InvocationError::Undelivered { failures, .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, None, failures.clone())
             }
@@ -160,6 +183,21 @@ mod tests {
     }
 }
 
+/// The JSON text inside `value` once the host's string encodings are peeled off. The host
+/// serializes string values again before posting them, so a binding that is a JSON text
+/// (a queue message, sometimes a request) may arrive as a string, or a string of a string.
+pub fn unwrap_strings(value: &RawValue) -> Result<std::borrow::Cow<'_, str>, serde_json::Error> {
+    let mut text = std::borrow::Cow::Borrowed(value.get());
+    for _ in 0..4 {
+        if !text.trim_start().starts_with('"') {
+            break;
+        }
+        let inner: String = serde_json::from_str(&text)?;
+        text = std::borrow::Cow::Owned(inner);
+    }
+    Ok(text)
+}
+
 /// An HTTP trigger's request as the host passes it in `Data` (forwarding off): method, URL,
 /// query, and headers as arrays of values.
 #[derive(Debug, Default, Deserialize)]
@@ -178,17 +216,10 @@ impl HttpRequestData {
     /// Reads the request binding `name`, which the host sends as an object (some host
     /// versions wrap it in a JSON string; that is unwrapped too).
     pub fn from_binding(value: &RawValue, name: &str) -> Result<Self, DecodeError> {
-        let mut text = std::borrow::Cow::Borrowed(value.get());
-        for _ in 0..3 {
-            if !text.trim_start().starts_with('"') {
-                break;
-            }
-            let inner: String = serde_json::from_str(&text).map_err(|err| DecodeError {
-                field: format!("Data.{name}"),
-                expected: format!("expected the HTTP request object: {err}"),
-            })?;
-            text = std::borrow::Cow::Owned(inner);
-        }
+        let text = unwrap_strings(value).map_err(|err| DecodeError {
+            field: format!("Data.{name}"),
+            expected: format!("expected the HTTP request object: {err}"),
+        })?;
         serde_json::from_str(&text).map_err(|err| DecodeError {
             field: format!("Data.{name}"),
             expected: format!("expected the HTTP request {{\"Method\", \"Url\", \"Query\", \"Headers\", ...}}: {err}"),

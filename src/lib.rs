@@ -14,6 +14,9 @@
 //! - [`route`]: hubs, targets and column templates.
 //! - [`message`]: what a subscriber receives, and its stable id.
 //! - [`delivery`]: sending one batch with bounded concurrency.
+//! - [`deadletter`]: changes kept in a queue when they cannot be delivered, and their redelivery format.
+//! - [`retry`]: backoff, `Retry-After` and the invocation deadline.
+//! - [`redeliver`]: the queue-triggered function that sends dead letters again.
 //! - [`negotiate`]: the `negotiate` function, client access URLs for subscribers.
 //! - [`webpubsub`]: connection strings, access keys, Entra tokens and the REST client.
 //! - [`server`]: the HTTP server the host talks to.
@@ -22,12 +25,15 @@
 #![forbid(unsafe_code)]
 
 pub mod change;
+pub mod deadletter;
 pub mod delivery;
 pub mod dev;
 pub mod functions;
 pub mod invocation;
 pub mod message;
 pub mod negotiate;
+pub mod redeliver;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod settings;

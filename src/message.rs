@@ -90,3 +90,87 @@ mod tests {
         assert_eq!(value["id"], "abc");
     }
 }
+
+/// Makes an encoded message fit in `limit` bytes by dropping the row's largest columns, which
+/// are listed in `omitted`, so a subscriber still learns that the row changed and which
+/// columns to fetch. Returns `None` when the message already fits or is not one of ours.
+pub fn shrink(encoded: &str, limit: usize) -> Option<Box<serde_json::value::RawValue>> {
+    use serde_json::value::RawValue;
+
+    if encoded.len() <= limit {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Parts<'a> {
+        #[serde(borrow)]
+        id: &'a RawValue,
+        #[serde(borrow)]
+        table: &'a RawValue,
+        #[serde(borrow)]
+        operation: &'a RawValue,
+        #[serde(borrow)]
+        row: std::collections::BTreeMap<String, &'a RawValue>,
+    }
+    let parts: Parts<'_> = serde_json::from_str(encoded).ok()?;
+
+    let mut columns: Vec<(&String, &&RawValue)> = parts.row.iter().collect();
+    columns.sort_by_key(|(name, value)| std::cmp::Reverse(value.get().len() + name.len()));
+    let mut omitted: Vec<String> = Vec::new();
+    let mut size = encoded.len();
+    let mut kept: Vec<(&String, &&RawValue)> = Vec::new();
+    for (name, value) in columns {
+        // Each dropped column saves its text and punctuation, and costs its name in `omitted`.
+        if size > limit {
+            size = size - value.get().len() - 4 + 3;
+            omitted.push(name.clone());
+        } else {
+            kept.push((name, value));
+        }
+    }
+    omitted.sort();
+
+    let mut row = String::from("{");
+    kept.sort_by(|a, b| a.0.cmp(b.0));
+    for (i, (name, value)) in kept.iter().enumerate() {
+        if i > 0 {
+            row.push(',');
+        }
+        row.push_str(&serde_json::Value::String((*name).clone()).to_string());
+        row.push(':');
+        row.push_str(value.get());
+    }
+    row.push('}');
+    let text = format!(
+        r#"{{"id":{},"table":{},"operation":{},"row":{row},"omitted":{}}}"#,
+        parts.id.get(),
+        parts.table.get(),
+        parts.operation.get(),
+        serde_json::to_string(&omitted).ok()?
+    );
+    RawValue::from_string(text).ok()
+}
+
+#[cfg(test)]
+mod shrink_tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_columns_go_first_and_are_named() {
+        let encoded = format!(
+            r#"{{"id":"a","table":"dbo.T","operation":"insert","row":{{"Id":1,"Photo":"{}","Notes":"{}","Name":"n"}}}}"#,
+            "p".repeat(5000),
+            "q".repeat(3000)
+        );
+        let small = shrink(&encoded, 4000).unwrap();
+        assert!(small.get().len() <= 4000, "{}", small.get().len());
+        let value: serde_json::Value = serde_json::from_str(small.get()).unwrap();
+        assert_eq!(value["omitted"], serde_json::json!(["Photo"]));
+        assert_eq!(value["row"]["Notes"].as_str().unwrap().len(), 3000);
+        assert_eq!(value["row"]["Id"], 1);
+
+        let tiny = shrink(&encoded, 200).unwrap();
+        let value: serde_json::Value = serde_json::from_str(tiny.get()).unwrap();
+        assert_eq!(value["omitted"], serde_json::json!(["Notes", "Photo"]));
+        assert!(shrink(&encoded, 1 << 20).is_none());
+    }
+}

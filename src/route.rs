@@ -35,6 +35,8 @@ pub enum AddressError {
     NullColumn(String),
     #[error("column '{0}' is an object or array; routes can only use scalar columns")]
     NotScalar(String),
+    #[error("column '{0}' holds text that is not valid Unicode (a lone surrogate escape)")]
+    NotText(String),
     #[error("the route renders an empty {0} for this row")]
     Empty(&'static str),
     #[error("the row is not a JSON object")]
@@ -51,6 +53,9 @@ pub struct RouteSpec {
     pub table: Option<String>,
     /// Name of the trigger binding in `function.json`, when it is not `changes`.
     pub binding: Option<String>,
+    /// Name of the queue output binding for undeliverable changes, when `function.json`
+    /// is not there to say.
+    pub dead_letters: Option<String>,
 }
 
 /// A validated route.
@@ -77,6 +82,22 @@ pub enum Address {
     All,
     User(String),
     Group(String),
+}
+
+impl std::str::FromStr for Address {
+    type Err = RouteError;
+
+    /// Reads the form `Display` writes, as kept in dead letters.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "all" {
+            return Ok(Address::All);
+        }
+        match text.split_once(':') {
+            Some(("user", user)) if !user.is_empty() => Ok(Address::User(user.to_owned())),
+            Some(("group", group)) if !group.is_empty() => Ok(Address::Group(group.to_owned())),
+            _ => Err(RouteError::Target(text.to_owned())),
+        }
+    }
 }
 
 impl std::fmt::Display for Address {
@@ -276,8 +297,9 @@ impl Template {
 fn scalar(name: &str, value: &RawValue) -> Result<String, AddressError> {
     let text = value.get().trim();
     match text.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<String>(text)
-            .map_err(|_| AddressError::NotScalar(name.to_owned())),
+        Some(b'"') => {
+            serde_json::from_str::<String>(text).map_err(|_| AddressError::NotText(name.to_owned()))
+        }
         Some(b'n') => Err(AddressError::NullColumn(name.to_owned())),
         Some(b'{' | b'[') | None => Err(AddressError::NotScalar(name.to_owned())),
         Some(_) => Ok(text.to_owned()),

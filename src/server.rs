@@ -14,9 +14,11 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::change;
+use crate::deadletter;
 use crate::delivery;
 use crate::invocation::{HttpRequestData, InvocationError, InvocationRequest, InvocationResponse};
 use crate::negotiate;
+use crate::redeliver;
 use crate::settings::Config;
 use crate::webpubsub::{SendError, WebPubSub};
 
@@ -50,6 +52,13 @@ pub async fn serve(
     handler: Arc<Handler>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+
+    // The host's requests and our answers are small; Nagle's algorithm would hold some of
+    // them back by a delayed-ACK period.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(handler))
         .with_graceful_shutdown(shutdown)
         .await
@@ -64,7 +73,7 @@ async fn invoke(
     State(handler): State<Arc<Handler>>,
     Path(function): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let invocation_id = headers
         .get("x-azure-functions-invocationid")
@@ -72,6 +81,18 @@ async fn invoke(
         .unwrap_or("")
         .to_owned();
     let span = tracing::info_span!("invocation", function = %function, id = %invocation_id);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let err = if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                InvocationError::TooLarge(handler.config.max_body_bytes)
+            } else {
+                InvocationError::Unreadable(rejection.body_text())
+            };
+            span.in_scope(|| tracing::warn!(error = %err, "invocation refused"));
+            return err.into_response();
+        }
+    };
     match run(&handler, &function, &body)
         .instrument(span.clone())
         .await
@@ -90,6 +111,18 @@ async fn run(
     body: &[u8],
 ) -> Result<InvocationResponse, InvocationError> {
     let request = InvocationRequest::parse(body)?;
+    if let Some(queue) = handler.config.redelivery(function) {
+        let letter = deadletter::unpack(
+            request.binding(&queue.binding)?,
+            &format!("Data.{}", queue.binding),
+        )?;
+        let options = delivery::Options {
+            concurrency: 1,
+            retry: handler.config.retry,
+            deadline: tokio::time::Instant::now() + handler.config.invocation_deadline,
+        };
+        return redeliver::redeliver(&handler.client, &queue.name, letter, options).await;
+    }
     let Some(target) = handler.config.function(function) else {
         if function.eq_ignore_ascii_case("negotiate") {
             let http = HttpRequestData::from_binding(
@@ -112,13 +145,12 @@ async fn run(
         &format!("Data.{}", target.binding),
     )?;
 
-    let report = delivery::deliver(
-        &handler.client,
-        &target.route,
-        &changes,
-        handler.config.max_concurrency,
-    )
-    .await;
+    let options = delivery::Options {
+        concurrency: handler.config.max_concurrency,
+        retry: handler.config.retry,
+        deadline: tokio::time::Instant::now() + handler.config.invocation_deadline,
+    };
+    let report = delivery::deliver(&handler.client, &target.route, &changes, options).await;
     let summary = report.summary(&target.function);
     if report.failures.is_empty() {
         tracing::info!(
@@ -131,11 +163,44 @@ async fn run(
         return Ok(InvocationResponse::with_log(summary));
     }
 
-    let failures = report
+    let reasons: Vec<String> = report
         .failures
         .iter()
         .take(20)
         .map(|f| format!("change {} (id {}): {}", f.index, f.id, f.reason))
         .collect();
+
+    // With a dead-letter queue the batch counts as handled: what did not arrive is kept in
+    // the queue for the redelivery function, instead of waiting for the SQL trigger's retries.
+    if let Some(binding) = &target.dead_letters {
+        let kept = report.failures.len();
+        let pending = report
+            .failures
+            .into_iter()
+            .map(|f| deadletter::Pending {
+                index: f.index,
+                id: f.id,
+                address: f.address.map(|a| a.to_string()),
+                reason: f.reason,
+                message: serde_json::value::RawValue::from_string(f.message).unwrap_or_default(),
+            })
+            .collect();
+        let letters = deadletter::pack(&target.function, &target.route.hub, pending);
+        tracing::warn!(
+            kept,
+            queue_messages = letters.len(),
+            "changes kept as dead letters"
+        );
+        let mut response = InvocationResponse::with_log(format!(
+            "{summary}; {kept} kept as dead letters for redelivery"
+        ));
+        response.logs.extend(reasons);
+        response
+            .outputs
+            .insert(binding.clone(), serde_json::Value::from(letters));
+        return Ok(response);
+    }
+
+    let failures = reasons;
     Err(InvocationError::Undelivered { summary, failures })
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::functions::{self, SqlFunction};
+use crate::functions::{self, QueueFunction, SqlFunction};
 use crate::route::{check_hub, Route, RouteError, RouteSpec, Target};
 use crate::webpubsub::{
     ConnectionString, ConnectionStringError, Publisher, Secret, TokenSource, DEFAULT_AUTHORITY,
@@ -144,6 +144,8 @@ pub struct FunctionRoute {
     /// Key of the changes in the invocation's `Data`.
     pub binding: String,
     pub route: Route,
+    /// The queue output binding that keeps undeliverable changes, when the function has one.
+    pub dead_letters: Option<String>,
 }
 
 /// The validated configuration of the handler.
@@ -153,6 +155,8 @@ pub struct Config {
     /// The Web PubSub resource and how rowcast authenticates to it.
     pub publisher: Publisher,
     pub functions: Vec<FunctionRoute>,
+    /// Queue-triggered functions that redeliver dead letters.
+    pub redelivery: Vec<QueueFunction>,
     /// The `negotiate` function's settings.
     pub negotiate: NegotiateSettings,
     /// Sends in flight at once for one batch.
@@ -161,6 +165,11 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Largest invocation body accepted from the host.
     pub max_body_bytes: usize,
+    /// How each send is retried.
+    pub retry: crate::retry::RetryPolicy,
+    /// Time one batch may take, retries included. Well under the ~150 s after which the SQL
+    /// trigger cancels an invocation.
+    pub invocation_deadline: Duration,
 }
 
 impl Config {
@@ -178,20 +187,53 @@ impl Config {
         let max_body_bytes =
             settings.number("RowcastMaxBodyBytes", 64 * 1024 * 1024usize, 1024, 1 << 30)?;
 
+        let retry = crate::retry::RetryPolicy {
+            max_attempts: settings.number("RowcastMaxAttempts", 5u32, 1, 20)?,
+            base_delay: Duration::from_millis(settings.number(
+                "RowcastRetryBaseMs",
+                200u64,
+                1,
+                60_000,
+            )?),
+            max_delay: Duration::from_millis(settings.number(
+                "RowcastRetryMaxMs",
+                10_000u64,
+                1,
+                120_000,
+            )?),
+        };
+        let invocation_deadline = Duration::from_millis(settings.number(
+            "RowcastInvocationDeadlineMs",
+            60_000u64,
+            100,
+            140_000,
+        )?);
+
         let root = app_root(settings);
         let discovered = functions::discover(&root)?;
-        let functions = routes(settings, &discovered, &root)?;
+        let functions = routes(settings, &discovered.sql, &root)?;
+        let redelivery = discovered.queues;
         let negotiate = NegotiateSettings::from_settings(settings)?;
 
         Ok(Config {
             port,
             publisher,
             functions,
+            redelivery,
             negotiate,
             max_concurrency,
             request_timeout,
             max_body_bytes,
+            retry,
+            invocation_deadline,
         })
+    }
+
+    /// The redelivery function the host posts to at `/{name}`.
+    pub fn redelivery(&self, name: &str) -> Option<&QueueFunction> {
+        self.redelivery
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
     }
 
     /// The function the host posts to at `/{name}`; function names are case-insensitive.
@@ -518,10 +560,16 @@ fn build(
         .or_else(|| found.map(|f| f.binding.clone()))
         .unwrap_or_else(|| "changes".to_owned());
 
+    let dead_letters = spec
+        .dead_letters
+        .clone()
+        .or_else(|| found.and_then(|f| f.dead_letters.clone()));
+
     Ok(FunctionRoute {
         function: name.to_owned(),
         binding,
         route: Route { hub, target, table },
+        dead_letters,
     })
 }
 

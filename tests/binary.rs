@@ -215,11 +215,12 @@ async fn an_unknown_command_is_a_usage_error() {
     assert!(exited.stderr.contains("'bogus'"), "{}", exited.stderr);
 }
 
-/// Started the way the host starts it, the handler answers the readiness probe, delivers
-/// an invocation to a subscriber, and exits 0 on SIGTERM.
-#[tokio::test]
-async fn the_binary_serves_the_host_and_stops_on_sigterm() {
-    let emulator = start_emulator().await;
+/// Starts the handler the way the host does (a port in `FUNCTIONS_CUSTOMHANDLER_PORT`,
+/// settings in the environment), publishing to `emulator`, and waits until the host's
+/// readiness probe would succeed: any answer on `/` counts, socket errors mean "not yet".
+async fn serve_for_the_host(
+    emulator: &webpubsub_emulator::Emulator,
+) -> (Running, reqwest::Client, String) {
     let port = closed_port().to_string();
     let connection = emulator.connection_string();
     let mut command = handler();
@@ -237,19 +238,26 @@ async fn the_binary_serves_the_host_and_stops_on_sigterm() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
 
-    // The host's readiness probe: any answer counts, socket errors mean "not yet".
     let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
+    loop {
         if let Ok(response) = http.get(format!("{base}/")).send().await {
-            break response.status();
+            assert_eq!(response.status(), 200);
+            return (running, http, base);
         }
         assert!(
             Instant::now() < deadline,
             "the handler did not answer GET / within 10 s"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    assert_eq!(status, 200);
+    }
+}
+
+/// Started the way the host starts it, the handler answers the readiness probe, delivers
+/// an invocation to a subscriber, and exits 0 on SIGTERM.
+#[tokio::test]
+async fn the_binary_serves_the_host_and_stops_on_sigterm() {
+    let emulator = start_emulator().await;
+    let (running, http, base) = serve_for_the_host(&emulator).await;
 
     let mut subscriber = subscribe_to(&emulator, "SQLUsers", "12345", &[]).await;
     let changes = json!([{"Operation": 0, "Item": {"Id": 1, "UserName": "ann"}}]);
@@ -275,4 +283,45 @@ async fn the_binary_serves_the_host_and_stops_on_sigterm() {
     let exited = running.exited().await;
     assert_eq!(exited.code, Some(0), "stderr: {}", exited.stderr);
     assert!(!exited.stderr.contains("eyJ"), "{}", exited.stderr);
+}
+
+/// A batch in flight when SIGTERM arrives still finishes and is answered before the process
+/// exits: the handler stops accepting, not working.
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_batch_finish() {
+    let emulator = start_emulator().await;
+    // Every REST call takes a while, so the batch is surely still running at SIGTERM.
+    emulator.faults().set_latency(Duration::from_millis(800));
+    let (running, http, base) = serve_for_the_host(&emulator).await;
+
+    let mut subscriber = subscribe_to(&emulator, "SQLUsers", "12345", &[]).await;
+    let changes = json!([{"Operation": 0, "Item": {"Id": 1}}, {"Operation": 0, "Item": {"Id": 2}}]);
+    let batch = tokio::spawn(
+        http.post(format!("{base}/sql-changes"))
+            .header("content-type", "application/json")
+            .body(invocation("changes", &changes, Encoding::DoubleString))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(running.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let response = batch
+        .await
+        .unwrap()
+        .expect("the batch is answered, not cut off");
+    assert_eq!(response.status(), 200);
+    let ids: Vec<u64> = subscriber
+        .changes(2)
+        .await
+        .iter()
+        .map(|c| c["row"]["Id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let exited = running.exited().await;
+    assert_eq!(exited.code, Some(0), "stderr: {}", exited.stderr);
 }

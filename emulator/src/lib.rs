@@ -16,6 +16,7 @@
 //! - [`message`]: payloads and how each subprotocol frames them.
 //! - [`filter`]: the OData filter of REST sends.
 //! - [`permission`]: roles and granted permissions.
+//! - [`fault`]: failures, latency and refused connections injected on demand, for tests.
 //! - `rest`, `client`, `console`: the HTTP surfaces.
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod entra;
 pub mod error;
+pub mod fault;
 pub mod filter;
 pub mod hub;
 pub mod message;
@@ -47,10 +49,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{AccessKey, Config, ConfigError, JwksSource, DEFAULT_ACCESS_KEY};
+pub use fault::{FaultSnapshot, Faults};
 pub use token::{sign_client_token, sign_rest_token};
 
 use connection::{CloseReason, CLOSE_GOING_AWAY};
 use entra::EntraKeys;
+use fault::FaultListener;
 use hub::{Audience, Hubs};
 
 /// State shared by every request of one emulator.
@@ -61,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) local_addr: SocketAddr,
     /// Signing keys of Entra tokens, when a JWKS is configured.
     pub(crate) entra: Option<EntraKeys>,
+    /// Faults injected on demand; empty unless a test or the admin endpoint sets some.
+    pub(crate) faults: Faults,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -74,6 +80,12 @@ fn router(state: AppState) -> Router {
         .route("/client", get(client::connect_query))
         .route("/client/", get(client::connect_query))
         .route("/api/{*rest}", any(rest::handle))
+        .route(
+            "/emulator/faults",
+            get(fault::admin_get)
+                .put(fault::admin_put)
+                .delete(fault::admin_delete),
+        )
         .with_state(state)
 }
 
@@ -140,9 +152,11 @@ impl Emulator {
             hubs: Hubs::default(),
             local_addr,
             entra,
+            faults: Faults::default(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(shared.clone());
+        let listener = FaultListener::new(listener, shared.faults.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -172,6 +186,13 @@ impl Emulator {
     pub fn connection_string(&self) -> String {
         let key = String::from_utf8_lossy(self.shared.config.access_key.expose()).into_owned();
         format!("Endpoint={};AccessKey={key};Version=1.0;", self.endpoint())
+    }
+
+    /// The fault plan of this emulator: failures, latency and refused connections to inject
+    /// for tests. Every clone of the handle drives the same plan; nothing is injected until
+    /// one is set. See [`fault`] for what each fault does.
+    pub fn faults(&self) -> Faults {
+        self.shared.faults.clone()
     }
 
     /// Number of client connections open in `hub` (case-insensitive).

@@ -93,12 +93,22 @@ pub(crate) async fn handle(State(app): State<AppState>, request: Request) -> Res
     let _entered = span.enter();
     let is_head = method == Method::HEAD;
 
-    let response = match call(&app, request).await {
-        Ok(response) => response,
-        Err(err) => {
-            tracing::debug!(status = %err.status, error = %err.message, "rest call refused");
-            err.into_response()
-        }
+    let injected = if app.faults.armed() {
+        app.faults
+            .on_rest_request(&method, request.uri().path())
+            .await
+    } else {
+        None
+    };
+    let response = match injected {
+        Some(response) => response,
+        None => match call(&app, request).await {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(status = %err.status, error = %err.message, "rest call refused");
+                err.into_response()
+            }
+        },
     };
 
     // HEAD answers carry a status and headers only.

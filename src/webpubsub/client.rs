@@ -34,6 +34,8 @@ pub enum SendError {
         status: u16,
         code: Option<String>,
         message: String,
+        /// The service's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
     },
     #[error("web pubsub request failed: {0}")]
     Transport(String),
@@ -42,13 +44,23 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// How long the service asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SendError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether trying again later may succeed: timeouts, connection failures, throttling and
     /// server-side errors.
     pub fn is_transient(&self) -> bool {
         match self {
             SendError::Timeout(_) | SendError::Connect { .. } | SendError::Transport(_) => true,
             SendError::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
-            SendError::Identity(err) => err.is_transient(),
+            // The token provider has already retried its own failures; trying again per
+            // send would multiply the requests to the identity endpoint.
+            SendError::Identity(_) => false,
         }
     }
 }
@@ -263,6 +275,14 @@ impl WebPubSub {
             .get("x-ms-error-code")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // Only the delay-seconds form; an HTTP date is rare from Azure services and would
+        // need a clock that agrees with theirs anyway.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let text = response.text().await.unwrap_or_default();
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
@@ -272,6 +292,7 @@ impl WebPubSub {
             status: status.as_u16(),
             code,
             message,
+            retry_after,
         })
     }
 
@@ -338,6 +359,7 @@ mod tests {
     #[test]
     fn transient_errors_are_the_retryable_ones() {
         let status = |status| SendError::Status {
+            retry_after: None,
             status,
             code: None,
             message: String::new(),

@@ -12,4 +12,5 @@ pub use credential::{
     IdentityError, Secret, TokenProvider, TokenSource, DEFAULT_AUTHORITY, WEB_PUBSUB_RESOURCE,
     WEB_PUBSUB_SCOPE,
 };
+pub(crate) use token::now;
 pub use token::AccessKey;
