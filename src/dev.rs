@@ -240,7 +240,14 @@ async fn demo(handler_addr: SocketAddr, handler: Arc<Handler>) {
             .header("x-azure-functions-invocationid", format!("demo-{n}"))
             .body(body);
         match request.send().await {
-            Ok(response) if response.status().is_success() => {}
+            Ok(response) if response.status().is_success() => {
+                // Without a Functions host nothing stores dead letters; say so rather than
+                // let the change vanish quietly.
+                let answer: serde_json::Value = response.json().await.unwrap_or_default();
+                if answer["Outputs"].as_object().is_some_and(|o| !o.is_empty()) {
+                    tracing::warn!(log = %answer["Logs"][0], "demo change became a dead letter, which handler dev does not store");
+                }
+            }
             Ok(response) => {
                 tracing::warn!(status = %response.status(), "demo change was not delivered")
             }
