@@ -19,7 +19,7 @@ use crate::delivery;
 use crate::invocation::{HttpRequestData, InvocationError, InvocationRequest, InvocationResponse};
 use crate::negotiate;
 use crate::redeliver;
-use crate::settings::Config;
+use crate::settings::{Config, FunctionRoute};
 use crate::webpubsub::{SendError, WebPubSub};
 
 /// What every invocation shares: the configuration and one pooled Web PubSub client.
@@ -30,6 +30,15 @@ pub struct Handler {
 }
 
 impl Handler {
+    /// How sends of one invocation are made, with its deadline starting now.
+    fn delivery_options(&self, concurrency: usize) -> delivery::Options {
+        delivery::Options {
+            concurrency,
+            retry: self.config.retry,
+            deadline: tokio::time::Instant::now() + self.config.invocation_deadline,
+        }
+    }
+
     pub fn new(config: Config) -> Result<Arc<Self>, SendError> {
         let client = WebPubSub::new(&config.publisher, config.request_timeout)?;
         Ok(Arc::new(Handler { config, client }))
@@ -105,6 +114,8 @@ async fn invoke(
     }
 }
 
+/// Dispatches one invocation to what the function is: a redelivery of dead letters,
+/// `negotiate`, or a SQL-triggered batch.
 async fn run(
     handler: &Handler,
     function: &str,
@@ -112,44 +123,40 @@ async fn run(
 ) -> Result<InvocationResponse, InvocationError> {
     let request = InvocationRequest::parse(body)?;
     if let Some(queue) = handler.config.redelivery(function) {
-        let letter = deadletter::unpack(
-            request.binding(&queue.binding)?,
-            &format!("Data.{}", queue.binding),
-        )?;
-        let options = delivery::Options {
-            concurrency: 1,
-            retry: handler.config.retry,
-            deadline: tokio::time::Instant::now() + handler.config.invocation_deadline,
-        };
+        let field = format!("Data.{}", queue.binding);
+        let letter = deadletter::unpack(request.binding(&queue.binding)?, &field)?;
+        let options = handler.delivery_options(1);
         return redeliver::redeliver(&handler.client, &queue.name, letter, options).await;
     }
-    let Some(target) = handler.config.function(function) else {
-        if function.eq_ignore_ascii_case("negotiate") {
-            let http = HttpRequestData::from_binding(
-                request.binding(negotiate::REQUEST_BINDING)?,
-                negotiate::REQUEST_BINDING,
-            )?;
-            let response =
-                negotiate::negotiate(&http, &handler.config.negotiate, &handler.client).await;
-            tracing::info!(
-                log = response.logs.first().map(String::as_str).unwrap_or(""),
-                "negotiate answered"
-            );
-            return Ok(response);
-        }
-        return Err(InvocationError::UnknownFunction(function.to_owned()));
-    };
+    if let Some(target) = handler.config.function(function) {
+        return deliver_batch(handler, target, &request).await;
+    }
+    if function.eq_ignore_ascii_case("negotiate") {
+        let binding = request.binding(negotiate::REQUEST_BINDING)?;
+        let http = HttpRequestData::from_binding(binding, negotiate::REQUEST_BINDING)?;
+        let response =
+            negotiate::negotiate(&http, &handler.config.negotiate, &handler.client).await;
+        tracing::info!(
+            log = response.logs.first().map(String::as_str).unwrap_or(""),
+            "negotiate answered"
+        );
+        return Ok(response);
+    }
+    Err(InvocationError::UnknownFunction(function.to_owned()))
+}
 
-    let changes = change::decode(
-        request.binding(&target.binding)?,
-        &format!("Data.{}", target.binding),
-    )?;
+/// Sends one SQL trigger batch. Changes that still fail by the deadline go to the
+/// function's dead-letter queue when it has one; otherwise the batch fails, so the trigger
+/// tries it again.
+async fn deliver_batch(
+    handler: &Handler,
+    target: &FunctionRoute,
+    request: &InvocationRequest,
+) -> Result<InvocationResponse, InvocationError> {
+    let field = format!("Data.{}", target.binding);
+    let changes = change::decode(request.binding(&target.binding)?, &field)?;
 
-    let options = delivery::Options {
-        concurrency: handler.config.max_concurrency,
-        retry: handler.config.retry,
-        deadline: tokio::time::Instant::now() + handler.config.invocation_deadline,
-    };
+    let options = handler.delivery_options(handler.config.max_concurrency);
     let report = delivery::deliver(&handler.client, &target.route, &changes, options).await;
     let summary = report.summary(&target.function);
     if report.failures.is_empty() {
@@ -169,38 +176,40 @@ async fn run(
         .take(20)
         .map(|f| format!("change {} (id {}): {}", f.index, f.id, f.reason))
         .collect();
+    let Some(binding) = &target.dead_letters else {
+        return Err(InvocationError::Undelivered {
+            summary,
+            failures: reasons,
+        });
+    };
 
-    // With a dead-letter queue the batch counts as handled: what did not arrive is kept in
-    // the queue for the redelivery function, instead of waiting for the SQL trigger's retries.
-    if let Some(binding) = &target.dead_letters {
-        let kept = report.failures.len();
-        let pending = report
-            .failures
-            .into_iter()
-            .map(|f| deadletter::Pending {
-                index: f.index,
-                id: f.id,
-                address: f.address.map(|a| a.to_string()),
-                reason: f.reason,
-                message: serde_json::value::RawValue::from_string(f.message).unwrap_or_default(),
-            })
-            .collect();
-        let letters = deadletter::pack(&target.function, &target.route.hub, pending);
-        tracing::warn!(
-            kept,
-            queue_messages = letters.len(),
-            "changes kept as dead letters"
-        );
-        let mut response = InvocationResponse::with_log(format!(
-            "{summary}; {kept} kept as dead letters for redelivery"
-        ));
-        response.logs.extend(reasons);
-        response
-            .outputs
-            .insert(binding.clone(), serde_json::Value::from(letters));
-        return Ok(response);
-    }
+    // The batch now counts as handled: what did not arrive waits in the queue for the
+    // redelivery function instead of for the SQL trigger's retries.
+    let kept = report.failures.len();
+    let pending = report
+        .failures
+        .into_iter()
+        .map(|f| deadletter::Pending {
+            index: f.index,
+            id: f.id,
+            address: f.address.map(|a| a.to_string()),
+            reason: f.reason,
+            message: serde_json::value::RawValue::from_string(f.message).unwrap_or_default(),
+        })
+        .collect();
+    let letters = deadletter::pack(&target.function, &target.route.hub, pending);
+    tracing::warn!(
+        kept,
+        queue_messages = letters.len(),
+        "changes kept as dead letters"
+    );
 
-    let failures = reasons;
-    Err(InvocationError::Undelivered { summary, failures })
+    let mut response = InvocationResponse::with_log(format!(
+        "{summary}; {kept} kept as dead letters for redelivery"
+    ));
+    response.logs.extend(reasons);
+    response
+        .outputs
+        .insert(binding.clone(), serde_json::Value::from(letters));
+    Ok(response)
 }
