@@ -61,14 +61,15 @@ pub fn pack(function: &str, hub: &str, changes: Vec<Pending>) -> Vec<String> {
     let mut messages = Vec::new();
     let mut current: Vec<Pending> = Vec::new();
     let mut size = 0;
+    // A change's share of a message: its text plus room for the field names around it.
+    let share = |p: &Pending| p.message.get().len() + p.reason.len() + p.id.len() + 64;
     for mut pending in changes {
-        let own = pending.message.get().len() + pending.reason.len() + pending.id.len() + 64;
-        if own > MAX_QUEUE_TEXT {
+        if share(&pending) > MAX_QUEUE_TEXT {
             if let Some(smaller) = message::shrink(pending.message.get(), MAX_QUEUE_TEXT - 1024) {
                 pending.message = smaller;
             }
         }
-        let own = pending.message.get().len() + pending.reason.len() + pending.id.len() + 64;
+        let own = share(&pending);
         if !current.is_empty() && size + own > MAX_QUEUE_TEXT {
             messages.push(envelope(std::mem::take(&mut current)));
             size = 0;

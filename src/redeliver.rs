@@ -7,18 +7,19 @@
 use std::time::Instant;
 
 use crate::deadletter::DeadLetter;
-use crate::delivery::Options;
 use crate::invocation::{InvocationError, InvocationResponse};
-use crate::retry::with_retries;
+use crate::retry::{with_retries, RetryPolicy};
 use crate::route::Address;
 use crate::webpubsub::WebPubSub;
 
-/// Sends every change of `letter`, in order.
+/// Sends every change of `letter`, one at a time and in order, each retried under `retry`
+/// until `deadline`.
 pub async fn redeliver(
     client: &WebPubSub,
     function: &str,
     letter: DeadLetter,
-    options: Options,
+    retry: RetryPolicy,
+    deadline: tokio::time::Instant,
 ) -> Result<InvocationResponse, InvocationError> {
     let started = Instant::now();
     let total = letter.changes.len();
@@ -44,7 +45,7 @@ pub async fn redeliver(
             }
         };
         let body = pending.message.get().to_owned();
-        let result = with_retries(options.retry, options.deadline, || {
+        let result = with_retries(retry, deadline, || {
             client.send_json(&letter.hub, &address, body.clone())
         })
         .await;

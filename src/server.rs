@@ -126,7 +126,14 @@ async fn run(
         let field = format!("Data.{}", queue.binding);
         let letter = deadletter::unpack(request.binding(&queue.binding)?, &field)?;
         let options = handler.delivery_options(1);
-        return redeliver::redeliver(&handler.client, &queue.name, letter, options).await;
+        return redeliver::redeliver(
+            &handler.client,
+            &queue.name,
+            letter,
+            options.retry,
+            options.deadline,
+        )
+        .await;
     }
     if let Some(target) = handler.config.function(function) {
         return deliver_batch(handler, target, &request).await;

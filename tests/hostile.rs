@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::{
     closed_port, invocation_text, start_emulator, Encoding, Stack, ENCODINGS, REPO_ROOT, WAIT,
 };
-use futures_util::StreamExt;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use rowcast::change::{decode, DecodeError, Operation};
@@ -27,10 +26,6 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use webpubsub_emulator::{sign_client_token, AccessKey};
 
 // ---------------------------------------------------------------------------------------
 // Generators
@@ -639,66 +634,6 @@ async fn assert_still_serves(stack: &Stack) {
     assert_eq!(status, 200, "{text}");
 }
 
-/// A subscriber that keeps each message frame as raw text, so rows that no `Value` could
-/// hold (numbers out of range, deep nesting) can still be compared byte for byte.
-struct RawSubscriber {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-}
-
-impl RawSubscriber {
-    async fn connect(stack: &Stack, hub: &str) -> RawSubscriber {
-        let endpoint = stack.emulator.endpoint();
-        let token = sign_client_token(
-            &AccessKey::default(),
-            &format!("{endpoint}/client/hubs/{hub}"),
-            Some("hostile"),
-            &[],
-            &[],
-            Duration::from_secs(600),
-        );
-        let url = format!(
-            "{}/client/hubs/{hub}?access_token={token}",
-            endpoint.replace("http://", "ws://")
-        );
-        let mut request = url.into_client_request().unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static("json.webpubsub.azure.v1"),
-        );
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("connected in time")
-            .expect("connected");
-        let mut subscriber = RawSubscriber { ws };
-        let connected = subscriber.next_text().await;
-        assert!(connected.contains("\"connected\""), "{connected}");
-        subscriber
-    }
-
-    async fn next_text(&mut self) -> String {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("socket open")
-                .expect("socket healthy");
-            if let Message::Text(text) = frame {
-                return text.to_string();
-            }
-        }
-    }
-
-    /// The raw text of the next `message` frame.
-    async fn next_message(&mut self) -> String {
-        loop {
-            let text = self.next_text().await;
-            if text.starts_with("{\"type\":\"message\"") {
-                return text;
-            }
-        }
-    }
-}
-
 /// Deep nesting where the changes array or the body should be, balanced or not, is a 400
 /// naming the place, never a stack overflow.
 #[tokio::test]
@@ -793,7 +728,7 @@ async fn a_deeply_nested_item_is_refused_by_name() {
 #[tokio::test]
 async fn huge_numbers_in_a_row_are_delivered_verbatim() {
     let stack = stack(&[]).await;
-    let mut subscriber = RawSubscriber::connect(&stack, "h").await;
+    let mut subscriber = stack.subscribe("h", "hostile", &[]).await;
     let digits: String = (0..10_000)
         .map(|i| char::from(b'1' + (i % 9) as u8))
         .collect();
@@ -821,7 +756,7 @@ async fn huge_numbers_in_a_row_are_delivered_verbatim() {
                 continue;
             }
             assert_eq!(status, 200, "{encoding:?}: {}", short(&text));
-            let message = subscriber.next_message().await;
+            let message = subscriber.next_message_text().await;
             assert!(
                 message.contains(&format!("\"row\":{row}")),
                 "{encoding:?}: the row was not delivered verbatim: {}",
@@ -1130,7 +1065,7 @@ async fn a_100_mb_body_is_refused_quickly_and_the_handler_keeps_serving() {
 async fn a_body_at_a_small_limit_passes_and_one_byte_more_is_refused() {
     const LIMIT: usize = 64 * 1024;
     let stack = stack(&[("RowcastMaxBodyBytes", "65536")]).await;
-    let mut subscriber = RawSubscriber::connect(&stack, "h").await;
+    let mut subscriber = stack.subscribe("h", "hostile", &[]).await;
     let body_of = |size: usize| {
         let empty = invocation_text(
             "changes",
@@ -1150,7 +1085,7 @@ async fn a_body_at_a_small_limit_passes_and_one_byte_more_is_refused() {
         let (body, pad) = body_of(size);
         let (status, text) = post_bytes(&stack, body.into_bytes()).await;
         assert_eq!(status, 200, "{size} bytes: {}", short(&text));
-        let message = subscriber.next_message().await;
+        let message = subscriber.next_message_text().await;
         assert!(message.contains(&pad), "{size} bytes: row not delivered");
     }
     let (body, _) = body_of(LIMIT + 1);
